@@ -1,0 +1,1 @@
+"""The worker daemon: task registry, consumer loop, execution pools, heartbeats."""
