@@ -1,7 +1,7 @@
-"""Helpers shared by the test suites: waiting on conditions, worker subprocesses, private Redis servers.
+"""Helpers shared by the test suites: waiting on conditions, worker subprocesses, private Redis.
 
-Nothing here sleeps to wait for something: every wait polls a condition until a deadline and fails with a
-message saying what it was waiting for.
+Nothing here sleeps to wait for something: every wait polls a condition until a deadline and fails
+with a message saying what it was waiting for.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ T = TypeVar("T")
 def wait_until(
     predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01, what: str = ""
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that, or fail at the deadline."""
+    """Poll ``predicate`` until it returns something truthy; return it, or fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -53,7 +53,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def subprocess_env() -> dict[str, str]:
-    """The environment for daemons under test: the repo root importable (for tests.* task modules)."""
+    """Environment for daemons under test: the repo root importable (for tests.* task modules)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

@@ -10,6 +10,7 @@ from workerflow import states
 from workerflow.engine import Engine, run
 from workerflow.failure import Failure
 from workerflow.flow import Flow, GraphFlow, LinearFlow, UnorderedFlow
+from workerflow.storage import MemoryStorage, Storage
 from workerflow.task import FunctionTask, Task, task
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "FunctionTask",
     "GraphFlow",
     "LinearFlow",
+    "MemoryStorage",
+    "Storage",
     "Task",
     "UnorderedFlow",
     "run",

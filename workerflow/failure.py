@@ -1,9 +1,10 @@
 """Failure: a pickle-free record of an exception that can cross processes and the wire.
 
 A Failure keeps what is needed to explain and re-raise an error anywhere: the exception's type names
-(its MRO, most specific first), its message, its traceback text and its cause. ``to_dict()`` gives plain
-msgpack-safe values; ``from_dict()`` validates them. The live exception is kept only on the side that
-caught it, so ``reraise()`` raises the very same object locally and a rebuilt one elsewhere.
+(its MRO, most specific first), its message, its traceback text and its cause. ``to_dict()`` gives
+plain msgpack-safe values; ``from_dict()`` validates them. The live exception is kept only on the
+side that caught it, so ``reraise()`` raises the very same object locally and a rebuilt one
+elsewhere.
 """
 
 from __future__ import annotations
@@ -44,9 +45,7 @@ class Failure:
         if isinstance(exc, RemoteError) and isinstance(remote, Failure):
             # A RemoteError stands in for a remote exception: keep the remote record, not the proxy.
             return remote
-        names = tuple(
-            qualified_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException)
-        )
+        names = tuple(qualified_name(k) for k in type(exc).__mro__ if issubclass(k, BaseException))
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
         chained = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
         cause = None
@@ -70,7 +69,8 @@ class Failure:
     def check(self, *types: type[BaseException] | str) -> type[BaseException] | str | None:
         """Return the first of ``types`` this failure is an instance of, else None.
 
-        Types may be classes or qualified names, so a client can check a remote type it cannot import.
+        Types may be classes or qualified names, so a client can check a remote type it cannot
+        import.
         """
         for expected in types:
             name = expected if isinstance(expected, str) else qualified_name(expected)
@@ -81,9 +81,9 @@ class Failure:
     def to_exception(self) -> BaseException:
         """The exception this failure stands for.
 
-        The captured object when there is one; else a new instance of the original type when that type
-        is already imported here and can be built from a message; else a :class:`RemoteError`. Type names
-        from the wire never trigger an import.
+        The captured object when there is one; else a new instance of the original type when that
+        type is already imported here and can be built from a message; else a
+        :class:`RemoteError`. Type names from the wire never trigger an import.
         """
         if self.exception is not None:
             return self.exception
@@ -151,7 +151,9 @@ class Failure:
             or not names
             or not all(isinstance(n, str) for n in names)
         ):
-            raise SerializationError("failure 'exception_type_names' must be a non-empty string list")
+            raise SerializationError(
+                "failure 'exception_type_names' must be a non-empty list of strings"
+            )
         message = data.get("message")
         text = data.get("traceback_text", "")
         if not isinstance(message, str) or not isinstance(text, str):

@@ -57,7 +57,8 @@ _FLOW: dict[FlowState, frozenset[FlowState]] = {
 _TASK: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.RUNNING}),
     TaskState.RUNNING: frozenset({TaskState.SUCCESS, TaskState.FAILURE}),
-    TaskState.SUCCESS: frozenset({TaskState.REVERTING}),
+    # SUCCESS -> RETRYING: a retry controller whose flow failed and is about to run again.
+    TaskState.SUCCESS: frozenset({TaskState.REVERTING, TaskState.RETRYING}),
     TaskState.FAILURE: frozenset({TaskState.REVERTING, TaskState.RETRYING}),
     TaskState.RETRYING: frozenset({TaskState.RUNNING, TaskState.REVERTING}),
     TaskState.REVERTING: frozenset({TaskState.REVERTED, TaskState.REVERT_FAILURE}),

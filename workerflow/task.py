@@ -1,12 +1,13 @@
 """Task: a unit of work with ``execute()`` and an optional ``revert()`` that undoes it.
 
-A task's inputs are the parameters of its ``execute`` (parameters with defaults are optional) plus the
-names in ``requires``; ``rebind`` maps a parameter to another stored name and ``inject`` gives per-task
-constants; ``provides`` names the result (a tuple of names unpacks a sequence). Each of these, and
-``name``, can be a class attribute or a constructor keyword, so one class serves many places in a flow.
+A task's inputs are the parameters of its ``execute`` (parameters with defaults are optional) plus
+the names in ``requires``; ``rebind`` maps a parameter to another stored name and ``inject`` gives
+per-task constants; ``provides`` names the result (a tuple of names unpacks a sequence). Each of
+these, and ``name``, can be a class attribute or a constructor keyword, so one class serves many
+places in a flow.
 
-The same task definitions are imported by the client and by every worker; a worker finds a task by its
-``task_type`` (``module:QualName``) and builds it with ``name=`` only, so a task class must be
+The same task definitions are imported by the client and by every worker; a worker finds a task by
+its ``task_type`` (``module:QualName``) and builds it with ``name=`` only, so a task class must be
 constructible from keyword defaults alone.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -132,7 +134,7 @@ class Task:
 
     @property
     def has_revert(self) -> bool:
-        """Whether reverting this task does anything (the engine skips dispatching no-op reverts)."""
+        """Whether reverting this task does anything (the engine skips no-op reverts)."""
         return type(self).revert is not Task.revert
 
     def execute_callable(self) -> Callable[..., Any]:
@@ -160,20 +162,21 @@ class Task:
         inject = dict(self.inject or {})
         required: dict[str, str] = {}
         optional: dict[str, str] = {}
-        signature = inspect.signature(self.execute_callable())
-        for param in signature.parameters.values():
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        for name, has_default in _parameters(self.execute_callable()):
+            if name in inject:
                 continue
-            if param.name in inject:
-                continue
-            target = rebind.get(param.name, param.name)
-            if param.default is param.empty:
-                required[param.name] = target
+            target = rebind.get(name, name)
+            if has_default:
+                optional[name] = target
             else:
-                optional[param.name] = target
+                required[name] = target
         extra = set()
         for requirement in _names(self.requires):
             if requirement in inject or requirement in required:
+                continue
+            if requirement in optional:
+                # ``requires`` makes an optional parameter required; it stays a parameter.
+                required[requirement] = optional.pop(requirement)
                 continue
             required[requirement] = rebind.get(requirement, requirement)
             extra.add(requirement)
@@ -236,7 +239,7 @@ class FunctionTask(Task):
         return self.function(*args, **kwargs)
 
     def clone(self, **options: Any) -> FunctionTask:
-        """The same function placed again, with other ``name``/``provides``/``rebind``/... options."""
+        """The same function placed again, with other ``name``, ``provides``, ... options."""
         merged = {**self._options, **options}
         return FunctionTask(self.function, reverter=self.reverter, **merged)
 
@@ -274,6 +277,29 @@ def task(
         return FunctionTask(fn, reverter=revert, **options)
 
     return wrap(function) if function is not None else wrap
+
+
+def _parameters(function: Callable[..., Any]) -> tuple[tuple[str, bool], ...]:
+    """``(name, has_default)`` of the named parameters of ``function``.
+
+    Memoized per underlying function: inspecting a signature costs more than the rest of compiling
+    a task, and a flow often places one class many times.
+    """
+    try:
+        if inspect.ismethod(function):
+            return _function_parameters(function.__func__)[1:]  # drop self
+        return _function_parameters(function)
+    except TypeError:  # an unhashable callable: inspect it every time
+        return _function_parameters.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=4096)
+def _function_parameters(function: Callable[..., Any]) -> tuple[tuple[str, bool], ...]:
+    return tuple(
+        (p.name, p.default is not p.empty)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Executors run task actions for an engine: locally (serial, threads, processes) or on remote workers.
+"""Executors run an engine's task actions: locally (serial, threads, processes) or on workers.
 
 ``WorkerExecutor`` is loaded on first use, so a purely local flow never imports kombu.
 """

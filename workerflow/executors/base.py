@@ -1,9 +1,10 @@
 """The executor interface: how an engine hands a task action to whatever runs it.
 
-An executor runs ``execute`` or ``revert`` of one task with arguments the engine has already resolved,
-and reports the outcome through a :class:`concurrent.futures.Future` that resolves with the returned
-value, or with a :class:`~workerflow.failure.Failure` when the action failed. The future never raises:
-every fault, local or remote, arrives as a Failure so it drives retry and revert the same way.
+An executor runs ``execute`` or ``revert`` of one task with arguments the engine has already
+resolved, and reports the outcome through a :class:`concurrent.futures.Future` that resolves with
+the returned value, or with a :class:`~workerflow.failure.Failure` when the action failed. The
+future never raises: every fault, local or remote, arrives as a Failure so it drives retry and
+revert the same way.
 """
 
 from __future__ import annotations
