@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import RedisServer, port_open
+from tests.support import RedisServer, forget_namespace, port_open
 
 #: The shared Redis, database 13: the suite's own; only keys under a test's namespace are touched.
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -51,3 +51,11 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(autouse=True)
+def leave_brokers_clean(request: pytest.FixtureRequest, namespace: str) -> Iterator[None]:
+    """After each broker test, delete what it created under its namespace (and nothing else)."""
+    yield
+    if {"integration", "system"} & set(request.path.parts) and port_open(6379):
+        forget_namespace(namespace, REDIS_URL, AMQP_URL)

@@ -135,10 +135,57 @@ class WorkerProcess:
             ) from exc
 
     def stop(self) -> None:
+        """SIGTERM (a graceful exit), then SIGKILL if the worker has not exited within 5 s."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGKILL)
+                self.process.wait(10)
         self._reader.join(timeout=5)
+
+
+def stop_gracefully(*workers: WorkerProcess | None) -> None:
+    """SIGTERM every worker at once, then wait for each to exit."""
+    for worker in workers:
+        if worker is not None and worker.process.poll() is None:
+            worker.signal(signal.SIGTERM)
+    for worker in workers:
+        if worker is not None:
+            worker.wait_exit(30)
+            worker.stop()
+
+
+#: Worker queue names the tests use; their AMQP request queues are durable, so tests delete them.
+TEST_QUEUES = ("default", "gpu", "nobody")
+
+
+def forget_namespace(namespace: str, redis_url: str, amqp_url: str) -> None:
+    """Delete what a test created under ``namespace``: Redis keys, AMQP queues and exchange.
+
+    Durable AMQP request queues and the control exchange outlive their workers by design (they are
+    the work queues); a test removes its own. Only names holding the namespace are touched.
+    """
+    import kombu
+    import redis
+
+    from proxy import names
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+    if not port_open(5672):
+        return
+    with kombu.Connection(amqp_url, connect_timeout=2) as connection:
+        channel = connection.default_channel
+        for queue in TEST_QUEUES:
+            channel.queue_delete(names.request_queue(namespace, queue))
+        channel.exchange_delete(names.control_exchange(namespace))
 
 
 @contextmanager

@@ -1,0 +1,1 @@
+"""System tests: real worker subprocesses on the real Redis and RabbitMQ."""
