@@ -1,5 +1,6 @@
 """Replier: the worker's one publishing connection, shared by its threads under a lock.
 
+Replies for requests the engine has cancelled are dropped (see ``_publish``).
 A :class:`proxy.bus.Bus` is not thread-safe. Pool threads finish jobs and report progress
 concurrently, so replies go through this lock-protected Bus (measured against handing every reply
 to the consumer thread, which has to be woken out of its blocking ``drain`` first: the lock is both
@@ -18,6 +19,7 @@ from typing import Any
 from proxy.bus import Bus
 from proxy.errors import BrokerUnavailable, EncodeError, ProxyError
 from proxy.messages import Request, Response
+from worker.heartbeat import CancelledIds
 from worker.job import Job, fault
 from workerflow.errors import SerializationError
 
@@ -33,10 +35,15 @@ class Replier:
     """Builds Responses for one worker and publishes them; never raises into task threads."""
 
     def __init__(
-        self, bus: Bus, worker_id: str, on_broker_lost: Callable[[BaseException], None]
+        self,
+        bus: Bus,
+        worker_id: str,
+        on_broker_lost: Callable[[BaseException], None],
+        cancelled: CancelledIds,
     ) -> None:
         self._bus = bus
         self._worker_id = worker_id
+        self._cancelled = cancelled
         self._on_broker_lost = on_broker_lost
         self._lock = threading.Lock()
         self.sent = 0  # responses published, for logs and measurements
@@ -121,6 +128,15 @@ class Replier:
         )
 
     def _publish(self, reply_to: str, response: Response) -> None:
+        if response.request_id in self._cancelled:
+            # The engine settled this request and may have deleted its reply queue: a reply now
+            # would only recreate that queue as a key nobody reads.
+            log.debug(
+                "request %s: %s reply dropped, the request was cancelled",
+                response.request_id,
+                response.state,
+            )
+            return
         with self._lock:
             self._bus.send_response(reply_to, response)
             self.sent += 1

@@ -284,7 +284,7 @@ class Worker:
             log.debug("serving %s", task_type)
         publisher = Bus(self.bus_settings)
         publisher.connect()
-        self._replier = Replier(publisher, self.worker_id, self._broker_lost)
+        self._replier = Replier(publisher, self.worker_id, self._broker_lost, self._cancelled)
         self._coalescer = ProgressCoalescer(self._replier.progress)
         self._coalescer.start()
         self._pool = self._make_pool()

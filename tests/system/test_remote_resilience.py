@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from tests.remote_tasks import Add, RecordRevert, SlowPid
+from tests.remote_tasks import Add, RecordRevert, Sleep, SlowPid
 from tests.support import RedisServer, WorkerProcess, running_workers, wait_until
-from workerflow import Engine, LinearFlow
-from workerflow.errors import WorkerflowError
+from workerflow import Engine, Failure, LinearFlow
+from workerflow.errors import ExecutorError, WorkerflowError
 from workerflow.executors import WorkerExecutor
 
 pytestmark = [pytest.mark.slow]
@@ -151,3 +151,23 @@ def test_suspend_with_remote_tasks_in_flight_then_resume_without_rerunning(
     assert not second_run.saw("RUNNING", "first") and not second_run.saw("RUNNING", "slow")
     assert second_run.saw("RUNNING", "last")
     assert resumed.storage.fetch("pid") == engine.storage.fetch("pid")
+
+
+@pytest.mark.redis
+def test_closing_an_executor_mid_request_leaves_no_reply_behind(
+    redis_url: str, namespace: str
+) -> None:
+    started = threading.Event()
+    with running_workers(redis_url, namespace, 1) as (worker,):
+        executor = WorkerExecutor(redis_url, namespace=namespace, discovery_timeout=5.0)
+        executor.start()
+        future = executor.execute(
+            Sleep(), {"seconds": 0.6, "steps": 3}, progress=lambda f, d: started.set()
+        )
+        assert started.wait(10), "the task never reported progress"
+        executor.stop()
+        failure = future.result(timeout=5)
+        assert isinstance(failure, Failure) and failure.check(ExecutorError), failure
+        # The worker finishes the task, but its reply for the cancelled request is dropped.
+        worker.wait_for_line("success reply dropped, the request was cancelled", timeout=10)
+        assert namespace_keys(redis_url, namespace) == []

@@ -502,7 +502,9 @@ class WorkerExecutor(Executor):
         for record, state in self._tracker.settle_all(reason):
             error = ExecutorError(f"{reason}: {record.describe()}")
             actions.settle.append((record.future, Failure.from_exception(error)))
-            if cancel and state is RequestState.PENDING:
+            # Cancelled running requests still finish on their worker, which then drops the reply
+            # instead of recreating the reply queue this executor is about to delete.
+            if cancel and state in (RequestState.PENDING, RequestState.RUNNING):
                 actions.cancel.append(record.id)
         return actions
 
