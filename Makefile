@@ -29,6 +29,8 @@ test: lint
 
 bench: $(VENV)/.bench-installed
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/throughput.py
+	$(PY) bench/latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

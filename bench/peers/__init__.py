@@ -1,0 +1,1 @@
+"""The peers workerflow is measured against: Celery and TaskFlow's worker-based engine."""
