@@ -11,6 +11,7 @@ being reverted. It stops every process it started and leaves no keys behind.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import subprocess
@@ -95,6 +96,9 @@ def worker_processes(broker: str, namespace: str, count: int) -> Iterator[None]:
 def in_process_workers(broker: str, namespace: str, count: int) -> Iterator[None]:
     from worker import Worker, WorkerSettings
 
+    # Show the tasks' own log lines (the reverts) as the subprocess workers' are shown.
+    logging.basicConfig(level=logging.WARNING, format="    [in-process worker] %(message)s")
+    logging.getLogger("examples.tasks").setLevel(logging.INFO)
     workers = [
         Worker(broker, ["examples.tasks"], WorkerSettings(namespace=namespace, concurrency=2))
         for _ in range(count)
