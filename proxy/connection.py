@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,6 +37,36 @@ def load_kombu() -> Any:
     """kombu, imported on first use so that importing proxy stays cheap (and untyped, so
     ``Any``)."""
     return importlib.import_module("kombu")
+
+
+class KeptRedisClient:
+    """``conn_or_acquire`` for the publish channel of a kombu Redis connection: one redis-py client
+    kept for the channel's life instead of a new one per command.
+
+    kombu's Redis ``Channel._put`` (an ``LPUSH``) and ``_put_fanout`` (a ``PUBLISH``) run their
+    command inside ``with self.conn_or_acquire() as client:``, and ``conn_or_acquire()`` without a
+    client builds a new ``redis.Redis`` on the channel's connection pool every time (kombu 5.7,
+    ``kombu/transport/redis.py``); building it costs more CPU than the command itself. The socket
+    comes from that pool either way, so one client kept on the same pool sends the same commands
+    over the same connections. Set as an instance attribute, it shadows the method on this channel
+    only; a client kombu passes in (as ``close()`` does) is used as given, and kombu's own cached
+    ``client`` and ``subclient`` (BRPOP and pub/sub, on the channel's other pool) are untouched. A
+    reconnect opens a new channel and so gets a new client; if kombu replaces the pool
+    (``_disconnect_pools()`` on close or after a fork), the next call builds a client on the new
+    one. Like the bus, it belongs to one thread.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+        self._client: Any = None
+
+    def __call__(self, client: Any = None) -> AbstractContextManager[Any]:
+        if client:
+            return nullcontext(client)
+        kept = self._client
+        if kept is None or kept.connection_pool is not self._channel.pool:
+            kept = self._client = self._channel._create_client()
+        return nullcontext(kept)
 
 
 class Connection:
@@ -102,6 +133,8 @@ class Connection:
         if channel is None:
             assert self._connection is not None, "the bus is not connected"
             channel = self._channels[role] = self._connection.channel()
+            if role == "publish" and self.redis:
+                channel.conn_or_acquire = KeptRedisClient(channel)
         return channel
 
     def existing_channel(self, role: str) -> Any:

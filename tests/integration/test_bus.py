@@ -434,6 +434,52 @@ def test_redis_commands_per_round_trip(private_redis: RedisServer) -> None:
     worker.close()
 
 
+def test_redis_publishes_reuse_one_client(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kombu builds a redis-py client for every publish unless given one; the bus keeps one per
+    publish channel, and after a reconnect publishes go through a working new one."""
+    built: list[redis.Redis] = []
+    init = redis.Redis.__init__
+
+    def counting_init(self: redis.Redis, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting_init)
+    settings = BusSettings.from_url(private_redis.url, namespace="reuse", retry_deadline=15)
+    reply_to = names.reply_queue("reuse", "e1")
+    r = redis.Redis(port=private_redis.port)
+    running = Response("r1", 1, "w", "running")
+    with Bus(settings) as bus:
+        bus.send_response(reply_to, running)
+        bus.broadcast(Discover("engine"))
+        built.clear()
+        for _ in range(20):
+            bus.send_response(reply_to, running)
+            bus.broadcast(Discover("engine"))
+        assert built == [], "no redis-py client is built per publish"
+        assert r.llen(reply_to) == 21
+
+        # A quick restart alone is absorbed by redis-py's pool (it replaces a dead socket at
+        # checkout); with the server down the publish fails, so the bus drops the connection and
+        # opens a new one, with new channels, once the server is back.
+        private_redis.stop()
+        restart = threading.Timer(0.5, private_redis.start)
+        restart.start()
+        try:
+            bus.send_response(reply_to, running)
+        finally:
+            restart.join()
+        assert "lost during publish" in caplog.text
+        built.clear()
+        for _ in range(20):
+            bus.send_response(reply_to, running)
+        assert built == []
+        assert r.llen(reply_to) == 21, "the redis-server started empty"
+        r.delete(reply_to)
+
+
 def test_reconnect_after_redis_restart(private_redis: RedisServer) -> None:
     settings = BusSettings.from_url(private_redis.url, namespace="restart", retry_deadline=15)
     client, worker = Bus(settings), Bus(settings)
