@@ -11,7 +11,7 @@ import tenacity
 
 from workerflow import Engine, Failure, LinearFlow, Task, UnorderedFlow, task
 from workerflow.errors import WorkerLost
-from workerflow.executors import SerialExecutor, ThreadExecutor
+from workerflow.executors import SerialExecutor, TaskCall, ThreadExecutor
 from workerflow.retry import (
     Decision,
     ForEach,
@@ -228,13 +228,13 @@ def test_retry_on_filters_by_type_and_by_remote_type_name() -> None:
         def __init__(self) -> None:
             self.calls = 0
 
-        def submit(self, *args: Any, **kwargs: Any) -> Any:
+        def submit(self, call: TaskCall) -> Any:
             self.calls += 1
             if self.calls == 1:
                 future: Any = __import__("concurrent.futures").futures.Future()
                 future.set_result(lost)
                 return future
-            return super().submit(*args, **kwargs)
+            return super().submit(call)
 
     @task(provides="v", retry_policy=RetryPolicy(retry_on=("workerflow.errors.WorkerLost",)))
     def remote() -> int:
@@ -342,13 +342,13 @@ def test_atoms_after_a_retried_unordered_flow_wait_for_every_member() -> None:
         def __init__(self) -> None:
             self.held: Future[Any] | None = None
 
-        def submit(self, task: Task, action: str, *args: Any, **kwargs: Any) -> Future[Any]:
-            if task.name == "b" and action == "execute":
+        def submit(self, call: TaskCall) -> Future[Any]:
+            if call.task.name == "b" and call.action == "execute":
                 calls["b"] += 1
                 if calls["b"] == 2:
                     self.held = Future()
                     return self.held
-            return super().submit(task, action, *args, **kwargs)
+            return super().submit(call)
 
     @task(name="a", provides="x")
     def a() -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from workerflow import Engine, Failure, GraphFlow, LinearFlow, Task, UnorderedFlow
 from workerflow.errors import WrappedFailure
-from workerflow.executors import ThreadExecutor
+from workerflow.executors import TaskCall, ThreadExecutor
 from workerflow.states import FlowState, TaskState
 
 
@@ -153,9 +153,9 @@ def test_noop_reverts_are_not_dispatched_but_marked_reverted() -> None:
     calls: list[str] = []
 
     class Spy(ThreadExecutor):
-        def submit(self, task: Task, action: str, *args: Any, **kwargs: Any) -> Any:
-            calls.append(f"{action}:{task.name}")
-            return super().submit(task, action, *args, **kwargs)
+        def submit(self, call: TaskCall) -> Any:
+            calls.append(f"{call.action}:{call.task.name}")
+            return super().submit(call)
 
     flow = LinearFlow("f").add(NoRevert(name="n"), Step(name="s"), Fail(name="x"))
     engine = Engine(flow, store={"journal": journal}, executor=Spy(1))
@@ -247,7 +247,7 @@ def test_executor_that_raises_on_submit_fails_the_task_cleanly() -> None:
     journal: list[Any] = []
 
     class Refusing(ThreadExecutor):
-        def submit(self, *args: Any, **kwargs: Any) -> Any:
+        def submit(self, call: TaskCall) -> Any:
             raise RuntimeError("executor closed")
 
     engine = Engine(

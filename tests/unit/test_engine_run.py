@@ -14,7 +14,7 @@ import workerflow
 from tests.support import wait_until
 from workerflow import Engine, GraphFlow, LinearFlow, Task, UnorderedFlow, task
 from workerflow.errors import NotFound
-from workerflow.executors import SerialExecutor, ThreadExecutor
+from workerflow.executors import SerialExecutor, TaskCall, ThreadExecutor
 from workerflow.states import FlowState, TaskState
 from workerflow.storage import MemoryStorage
 
@@ -185,9 +185,9 @@ class GatedExecutor(SerialExecutor):
         self.peak = 0
         self.lock = threading.Lock()
 
-    def submit(self, task: Task, action: str, arguments: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, call: TaskCall) -> Future[Any]:
         future: Future[Any] = Future()
-        value = super().submit(task, action, arguments, **kwargs).result()
+        value = super().submit(call).result()
         with self.lock:
             self.held.append((future, value))
             self.peak = max(self.peak, len(self.held))

@@ -404,7 +404,7 @@ def test_unencodable_arguments_fail_at_submit_with_serialization_error(hub: Hub)
 
 def test_non_string_argument_keys_are_a_serialization_error(hub: Hub) -> None:
     with FakeBusExecutor(hub) as executor:
-        failure = failure_of(executor.submit(Add(), "execute", {1: 2}), timeout=1)  # type: ignore[dict-item]
+        failure = failure_of(executor.execute(Add(), {1: 2}), timeout=1)  # type: ignore[dict-item]
         assert failure.check(errors.SerializationError)
 
 

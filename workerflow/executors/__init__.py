@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workerflow.executors.base import Executor
+from workerflow.executors.base import Executor, TaskCall
 from workerflow.executors.local import ProcessExecutor, SerialExecutor, ThreadExecutor
 
 if TYPE_CHECKING:
     from workerflow.executors.worker import WorkerExecutor
 
-__all__ = ["Executor", "ProcessExecutor", "SerialExecutor", "ThreadExecutor", "WorkerExecutor"]
+__all__ = [
+    "Executor",
+    "ProcessExecutor",
+    "SerialExecutor",
+    "TaskCall",
+    "ThreadExecutor",
+    "WorkerExecutor",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,13 +12,32 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from workerflow.failure import Failure
-from workerflow.task import ProgressSink, Task
+from workerflow.task import Action, ProgressSink, Task
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "TaskCall"]
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """One action of one task, as the engine hands it to an executor."""
+
+    task: Task
+    #: "execute" or "revert".
+    action: Action
+    #: The task's resolved inputs.
+    arguments: Mapping[str, Any]
+    attempt: int = 1
+    #: Revert only: the result (or Failure) of the execute being reverted.
+    result: Any = None
+    #: Revert only: the failures of the flow, by task name.
+    flow_failures: Mapping[str, Failure] = field(default_factory=dict)
+    #: Called as ``progress(fraction, details)``, from any thread, while the action runs.
+    progress: ProgressSink | None = None
 
 
 class Executor(ABC):
@@ -54,7 +73,7 @@ class Executor(ABC):
         progress: ProgressSink | None = None,
     ) -> Future[Any]:
         """Run ``task.execute(**arguments)``; the future holds its result or a Failure."""
-        return self.submit(task, "execute", arguments, attempt=attempt, progress=progress)
+        return self.submit(TaskCall(task, "execute", arguments, attempt=attempt, progress=progress))
 
     def revert(
         self,
@@ -68,28 +87,20 @@ class Executor(ABC):
     ) -> Future[Any]:
         """Run the task's revert with its inputs, its ``result`` and the flow's failures."""
         return self.submit(
-            task,
-            "revert",
-            arguments,
-            result=result,
-            flow_failures=flow_failures,
-            attempt=attempt,
-            progress=progress,
+            TaskCall(
+                task,
+                "revert",
+                arguments,
+                attempt=attempt,
+                result=result,
+                flow_failures=flow_failures,
+                progress=progress,
+            )
         )
 
     @abstractmethod
-    def submit(
-        self,
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        *,
-        result: Any = None,
-        flow_failures: Mapping[str, Failure] | None = None,
-        attempt: int = 1,
-        progress: ProgressSink | None = None,
-    ) -> Future[Any]:
-        """Start ``action`` ("execute" or "revert") of ``task``; never raises for task errors.
+    def submit(self, call: TaskCall) -> Future[Any]:
+        """Start ``call``; never raises for task errors.
 
-        ``progress`` may be called from any thread while the action runs.
+        ``call.progress`` may be called from any thread while the action runs.
         """

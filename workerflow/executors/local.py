@@ -20,52 +20,35 @@ import multiprocessing
 import os
 import pickle
 import threading
-from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any
 
 from workerflow.errors import ExecutorError, SerializationError, WorkerLost
-from workerflow.executors.base import Executor
+from workerflow.executors.base import Executor, TaskCall
 from workerflow.failure import Failure
 from workerflow.reraise import cleanup_then_reraise
-from workerflow.task import Action, FunctionTask, ProgressSink, Task, run_action
+from workerflow.task import FunctionTask, ProgressSink, Task, run_action
 
 __all__ = ["ProcessExecutor", "SerialExecutor", "ThreadExecutor", "load_task"]
 
 logger = logging.getLogger(__name__)
 
 
-def _call(
-    task: Task,
-    action: str,
-    arguments: Mapping[str, Any],
-    *,
-    result: Any,
-    flow_failures: Mapping[str, Failure] | None,
-    progress: ProgressSink | None,
-) -> Any:
+def _call(call: TaskCall) -> Any:
     """Run one action; its exception becomes a Failure."""
     try:
         return run_action(
-            task,
-            _action(action),
-            arguments,
-            result=result,
-            flow_failures=flow_failures,
-            progress=progress,
+            call.task,
+            call.action,
+            call.arguments,
+            result=call.result,
+            flow_failures=call.flow_failures,
+            progress=call.progress,
         )
     except Exception as exc:
         return Failure.from_exception(exc)
-
-
-def _action(action: str) -> Action:
-    if action == "execute":
-        return "execute"
-    if action == "revert":
-        return "revert"
-    raise ValueError(f"unknown action {action!r}; expected 'execute' or 'revert'")
 
 
 def _resolved(value: Any) -> Future[Any]:
@@ -79,27 +62,8 @@ class SerialExecutor(Executor):
 
     capacity = 1
 
-    def submit(
-        self,
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        *,
-        result: Any = None,
-        flow_failures: Mapping[str, Failure] | None = None,
-        attempt: int = 1,
-        progress: ProgressSink | None = None,
-    ) -> Future[Any]:
-        return _resolved(
-            _call(
-                task,
-                action,
-                arguments,
-                result=result,
-                flow_failures=flow_failures,
-                progress=progress,
-            )
-        )
+    def submit(self, call: TaskCall) -> Future[Any]:
+        return _resolved(_call(call))
 
 
 class ThreadExecutor(Executor):
@@ -123,29 +87,11 @@ class ThreadExecutor(Executor):
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def submit(
-        self,
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        *,
-        result: Any = None,
-        flow_failures: Mapping[str, Failure] | None = None,
-        attempt: int = 1,
-        progress: ProgressSink | None = None,
-    ) -> Future[Any]:
+    def submit(self, call: TaskCall) -> Future[Any]:
         pool = self._pool
         if pool is None:
             raise ExecutorError("ThreadExecutor is not started (use start() or 'with')")
-        return pool.submit(
-            _call,
-            task,
-            action,
-            arguments,
-            result=result,
-            flow_failures=flow_failures,
-            progress=progress,
-        )
+        return pool.submit(_call, call)
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -217,7 +163,14 @@ def _child_run(request_id: int, payload: bytes) -> None:
         results.put(("progress", request_id, fraction, details))
 
     value = _call(
-        task, action, arguments, result=result, flow_failures=flow_failures, progress=progress
+        TaskCall(
+            task,
+            action,
+            arguments,
+            result=result,
+            flow_failures=flow_failures,
+            progress=progress,
+        )
     )
     if isinstance(value, Failure):
         outcome = ("failure", value.to_dict())
@@ -307,27 +260,17 @@ class ProcessExecutor(Executor):
             error = ExecutorError(f"the process executor stopped before task {name!r} finished")
             future.set_result(Failure.from_exception(error))
 
-    def submit(
-        self,
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        *,
-        result: Any = None,
-        flow_failures: Mapping[str, Failure] | None = None,
-        attempt: int = 1,
-        progress: ProgressSink | None = None,
-    ) -> Future[Any]:
+    def submit(self, call: TaskCall) -> Future[Any]:
         if self._pool is None:
             raise ExecutorError("ProcessExecutor is not started (use start() or 'with')")
         try:
-            payload = self._payload(task, action, arguments, result, flow_failures)
+            payload = self._payload(call)
         except SerializationError as exc:
             return _resolved(Failure.from_exception(exc))
         request_id = next(self._ids)
         future: Future[Any] = Future()
         with self._lock:
-            self._pending[request_id] = (future, progress, task.name)
+            self._pending[request_id] = (future, call.progress, call.task.name)
             try:
                 pool_future = self._submit_locked(request_id, payload)
             except Exception as exc:
@@ -349,13 +292,8 @@ class ProcessExecutor(Executor):
             return self._pool.submit(_child_run, request_id, payload)
 
     @staticmethod
-    def _payload(
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        result: Any,
-        flow_failures: Mapping[str, Failure] | None,
-    ) -> bytes:
+    def _payload(call: TaskCall) -> bytes:
+        task, result = call.task, call.result
         try:
             loaded = load_task(task.task_type, task.name)
         except Exception as exc:
@@ -373,10 +311,10 @@ class ProcessExecutor(Executor):
             )
         if isinstance(result, Failure):
             result = _portable(result)
-        failures = {k: _portable(f) for k, f in (flow_failures or {}).items()}
+        failures = {k: _portable(f) for k, f in call.flow_failures.items()}
         try:
             return pickle.dumps(
-                (task.task_type, task.name, action, dict(arguments), result, failures),
+                (task.task_type, task.name, call.action, dict(call.arguments), result, failures),
                 pickle.HIGHEST_PROTOCOL,
             )
         except Exception as exc:

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -33,7 +32,7 @@ from proxy.errors import BrokerUnavailable, EncodeError, InvalidMessage, ProxyEr
 from proxy.messages import Cancel, Discover, Heartbeat, Request, Response
 from proxy.settings import BusSettings
 from workerflow.errors import ExecutorError, SerializationError
-from workerflow.executors.base import Executor
+from workerflow.executors.base import Executor, TaskCall
 from workerflow.executors.remote_requests import (
     Actions,
     RemoteRequest,
@@ -41,7 +40,7 @@ from workerflow.executors.remote_requests import (
     RequestTracker,
 )
 from workerflow.failure import Failure
-from workerflow.task import ProgressSink, Task
+from workerflow.task import Task
 
 __all__ = ["WorkerExecutor"]
 
@@ -221,22 +220,13 @@ class WorkerExecutor(Executor):
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def submit(
-        self,
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        *,
-        result: Any = None,
-        flow_failures: Mapping[str, Failure] | None = None,
-        attempt: int = 1,
-        progress: ProgressSink | None = None,
-    ) -> Future[Any]:
-        """Send ``action`` of ``task`` to a worker; the future resolves with its value or a Failure.
+    def submit(self, call: TaskCall) -> Future[Any]:
+        """Send ``call`` to a worker; the future resolves with its value or a Failure.
 
         Never raises: a closed executor, an unencodable argument or an unreachable broker resolve
         the future with a Failure too.
         """
+        task = call.task
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         request_id = uuid.uuid4().hex
@@ -247,27 +237,19 @@ class WorkerExecutor(Executor):
                         f"executor {self.executor_id} is stopped; cannot run task {task.name!r}"
                     )
                 self.start()
-            message = self._build_request(
-                task,
-                action,
-                arguments,
-                request_id=request_id,
-                attempt=attempt,
-                result=result,
-                flow_failures=flow_failures,
-            )
+            message = self._build_request(call, request_id)
         except Exception as exc:
             _resolve(future, _as_failure(exc, task.name, request_id))
             return future
         record = RemoteRequest(
             request_id,
-            attempt=attempt,
+            attempt=call.attempt,
             task_name=task.name,
             task_type=task.task_type,
-            action=action,
+            action=call.action,
             queue=message_queue(task, self.queue),
             future=future,
-            progress=progress,
+            progress=call.progress,
             execution_timeout=task.execution_timeout,
         )
         record.message = message
@@ -283,17 +265,8 @@ class WorkerExecutor(Executor):
             self._check_encodable(record)
         return future
 
-    def _build_request(
-        self,
-        task: Task,
-        action: str,
-        arguments: Mapping[str, Any],
-        *,
-        request_id: str,
-        attempt: int,
-        result: Any,
-        flow_failures: Mapping[str, Failure] | None,
-    ) -> Request:
+    def _build_request(self, call: TaskCall, request_id: str) -> Request:
+        task, action, result = call.task, call.action, call.result
         if action not in ("execute", "revert"):
             raise ValueError(f"unknown action {action!r}; expected 'execute' or 'revert'")
         failure = None
@@ -302,17 +275,17 @@ class WorkerExecutor(Executor):
         wall = time.time()
         return Request(
             id=request_id,
-            attempt=attempt,
+            attempt=call.attempt,
             task_type=task.task_type,
             task_name=task.name,
             action=action,
-            arguments=dict(arguments),
+            arguments=dict(call.arguments),
             reply_to=self.reply_queue,
             deadline=wall + self.request_timeout,
             execution_timeout=task.execution_timeout,
             result=result,
             failure=failure,
-            flow_failures={name: f.to_dict() for name, f in (flow_failures or {}).items()},
+            flow_failures={name: f.to_dict() for name, f in call.flow_failures.items()},
             sent_at=wall,
         )
 
