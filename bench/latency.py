@@ -6,6 +6,8 @@ Each system gets the same worker slots (``--slots``, default 2) on the same Redi
 - ``workerflow-engine``: an ``Engine`` running a ``LinearFlow`` of N no-op tasks; a round trip is
   the time from a task's RUNNING to its SUCCESS notification;
 - ``celery``: ``noop.delay().get()`` in a loop (prefork, json, Redis broker and result backend);
+- ``dramatiq``: ``send()`` then a blocking ``get_result()`` in a loop (one process x ``--slots``
+  threads, Redis broker and results backend);
 - ``taskflow``: TaskFlow's worker-based engine running a linear flow of N tasks (capped at
   ``--slow-tasks``), round trips from RUNNING to SUCCESS as for ``workerflow-engine``;
 - ``bare``: the redis-py + msgpack loop of bench/bare_loop.py, the floor.

@@ -17,6 +17,7 @@ _CLASSES = {
     "workerflow": "bench.workerflow_system:WorkerflowExecutorSystem",
     "workerflow-engine": "bench.workerflow_system:WorkerflowEngineSystem",
     "celery": "bench.peers.celery_peer:CelerySystem",
+    "dramatiq": "bench.peers.dramatiq_peer:DramatiqSystem",
     "taskflow": "bench.peers.taskflow_peer:TaskflowSystem",
     "bare": "bench.bare_loop:BareSystem",
 }

@@ -6,6 +6,8 @@ Each system gets the same worker slots (``--slots``, default 2) on the same Redi
 - ``workerflow-engine``: an ``Engine`` running an ``UnorderedFlow`` of N no-op tasks;
 - ``celery``: N ``delay()`` calls, then ``ResultSet.get()`` (prefork, json, Redis broker and result
   backend);
+- ``dramatiq``: N ``send()`` calls, then each message's result from the Redis results backend
+  (one process x ``--slots`` threads, Redis broker);
 - ``taskflow``: TaskFlow's worker-based engine running an unordered flow of N tasks (capped at
   ``--slow-tasks``, it does about 100 tasks/s);
 - ``bare``: the redis-py + msgpack loop of bench/bare_loop.py, the floor.
