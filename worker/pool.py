@@ -133,14 +133,8 @@ class ThreadPool:
         self._jobs.put(job)
 
     def join(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         with self._idle:
-            while self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-            return True
+            return self._idle.wait_for(lambda: not self._busy, timeout)
 
     def close(self, *, kill: bool = False) -> None:
         # Threads cannot be killed: ``kill`` changes nothing here. Idle slots exit; busy ones exit

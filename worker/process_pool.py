@@ -326,14 +326,8 @@ class ProcessPool:
         self.listener.slot_freed()
 
     def join(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         with self._idle:
-            while any(slot.busy for slot in self._slots):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-            return True
+            return self._idle.wait_for(lambda: not any(slot.busy for slot in self._slots), timeout)
 
     def close(self, *, kill: bool = False) -> None:
         with self._lock:
